@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ressearch.counting import Counts, count
 from ressearch.errors import UserError
+from ressearch.export import load
 from ressearch.model import ResNet, build_model
 from ressearch.spec import PRESETS, ResNetSpec, load_spec
 
@@ -18,5 +19,6 @@ __all__ = [
            "__version__",
            "build_model",
            "count",
+           "load",
            "load_spec",
 ]

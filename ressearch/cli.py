@@ -170,6 +170,130 @@ def run(space_file: str, data_dir: str | None, storage: str | None, trials: int 
                f"{result.seconds:.0f}s. Inspect it with: optuna-dashboard {url}", err=True)
 
 
+def _study_option(f: Any) -> Any:
+    return click.option("--name", default=None,
+                        help="Study name, when the storage holds several.")(f)
+
+
+@cli.command()
+@click.argument("study")
+@_study_option
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write every trial as CSV here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the front as JSON records.")
+def front(study: str, name: str | None, csv_file: str | None, as_json: bool) -> None:
+    """Show STUDY's Pareto front (STUDY: a study file such as results/small.db, or a URL).
+
+    The baseline's row is marked with '*' for comparison.
+
+    \b
+    Example:
+        ressearch front results/small.db --csv results/small-trials.csv
+    """
+    import pandas as pd
+
+    from ressearch.results import front_table, trials_table
+    from ressearch.storage import load_study
+
+    loaded = load_study(study, name)
+    table = front_table(loaded)
+    if csv_file:
+        trials_table(loaded).to_csv(csv_file, index=False)
+        click.echo(f"wrote {csv_file}", err=True)
+    if as_json:
+        click.echo(table.to_json(orient="records", indent=2))
+        return
+    if table.empty:
+        click.echo("no completed trial yet")
+        return
+    click.echo(f"{'':1}{'trial':>5} {'params':>8} {'keras':>8} {'MACs':>11} {'val':>7} {'test':>7} "
+               f"{'epochs':>6}  architecture")
+    for r in table.itertuples():
+        mark = "*" if r.baseline else " "
+        val = "-" if pd.isna(r.val_accuracy) else f"{100 * r.val_accuracy:.2f}"
+        test = "-" if pd.isna(r.test_accuracy) else f"{100 * r.test_accuracy:.2f}"
+        click.echo(f"{mark}{r.trial:>5} {r.params:>8,} {r.keras_params:>8,} {r.macs:>11,} {val:>7} "
+                   f"{test:>7} {r.epochs or '-':>6}  {r.architecture}")
+
+
+@cli.command()
+@click.argument("study")
+@_study_option
+@click.option("--trial", type=int, default=None, help="Export this trial.")
+@click.option("--max-params", type=click.IntRange(min=1), default=None,
+              help="The most accurate front model within P trainable parameters.")
+@click.option("--min-accuracy", type=float, default=None,
+              help="The smallest front model reaching A on the objective's split (0.99 or 99).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Export directory (model.onnx, model.safetensors, spec.json, metrics.json, "
+                   "README.md).")
+@click.option("--fold-bn", is_flag=True, help="Fold each BatchNorm into the conv before it.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export(study: str, name: str | None, trial: int | None, max_params: int | None,
+           min_accuracy: float | None, out: str, fold_bn: bool, data_dir: str | None,
+           as_json: bool) -> None:
+    """Pick a model from STUDY's front and export it for deployment, verified.
+
+    \b
+    Example:
+        ressearch export results/small.db --max-params 5000 --out exports/small-5k --fold-bn
+    """
+    from dataclasses import asdict
+
+    from ressearch.checkpoint import load_metrics
+    from ressearch.data import load_mnist
+    from ressearch.export import export_model
+    from ressearch.results import select_trial
+    from ressearch.storage import load_study
+
+    chosen = select_trial(load_study(study, name), trial=trial, max_params=max_params,
+                          min_accuracy=min_accuracy)
+    checkpoint = chosen.user_attrs["checkpoint"]
+    metrics = {**load_metrics(checkpoint), "trial": chosen.number}
+    test = load_mnist(data_dir).test
+    limit = metrics.get("test_images")
+    report = export_model(checkpoint, out, fold_bn=fold_bn, metrics=metrics,
+                          test_split=test.take(limit) if limit else test,
+                          source=f"{study} trial {chosen.number}")
+    click.echo(f"trial {chosen.number} ({chosen.user_attrs.get('short')}): wrote "
+               f"{Path(out) / 'model.onnx'}, {report.deployed_params:,} stored numbers "
+               f"({report.folded} BatchNorms folded); max |ONNX - PyTorch| {report.max_abs_diff:.1e}; "
+               f"ONNX test accuracy {100 * report.onnx_test_accuracy:.2f}% on "
+               f"{report.test_images:,} images, as recorded", err=True)
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "out_dir": str(report.out_dir),
+                               "trial": chosen.number}, indent=2))
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+def predict(model_dir: str, files: tuple[str, ...], as_json: bool) -> None:
+    """Classify digit images (PNG/JPEG files, IDX image files) with MODEL_DIR's model.
+
+    MODEL_DIR is an export (runs model.onnx with ONNX Runtime) or a checkpoint (runs PyTorch).
+
+    \b
+    Example:
+        ressearch predict exports/small-5k digit.png t10k-images-idx3-ubyte.gz
+    """
+    from collections import Counter
+
+    from ressearch.predict import predict_files
+
+    predictions = predict_files(model_dir, files)
+    per_file = Counter(p.path for p in predictions)
+    for p in predictions:
+        if as_json:
+            click.echo(json.dumps({"path": str(p.path), "index": p.index, "label": p.label,
+                                   "probability": round(p.probability, 6)}))
+        else:
+            where = f"{p.path}[{p.index}]" if per_file[p.path] > 1 else str(p.path)
+            click.echo(f"{where}\t{p.label}\t{p.probability:.3f}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="ressearch")

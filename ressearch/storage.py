@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,9 @@ def create_study(storage: BaseStorage, name: str, space: SearchSpace) -> optuna.
     if [d.name.lower() for d in study.directions] != DIRECTIONS:
         raise UserError(f"study {name!r} exists with directions "
                         f"{[d.name.lower() for d in study.directions]}, not {DIRECTIONS}")
-    study.set_metric_names([space.objective, "params"])
+    with warnings.catch_warnings():  # "experimental" since optuna 3.2, and what the dashboard reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.objective, "params"])
     study.set_user_attr("objective", space.objective)
     study.set_user_attr("space", space.source)
     return study
