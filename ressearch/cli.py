@@ -294,6 +294,58 @@ def predict(model_dir: str, files: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{where}\t{p.label}\t{p.probability:.3f}")
 
 
+@cli.command()
+@click.argument("study")
+@_study_option
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Directory for report.html (default: next to the study file).")
+@click.option("--trial", type=int, default=None,
+              help="The model whose confusion matrix is shown (default: the front's most accurate).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
+def report(study: str, name: str | None, out: str | None, trial: int | None,
+           data_dir: str | None) -> None:
+    """Write one self-contained HTML page of plotly figures about STUDY (works offline).
+
+    \b
+    Example:
+        ressearch report results/small.db --out results/small
+    """
+    from ressearch.report import build_report
+    from ressearch.storage import load_study
+
+    loaded = load_study(study, name)
+    target = Path(out) if out else Path(study).with_suffix("") if "://" not in study else Path(".")
+    path = build_report(loaded, target, data_dir=data_dir, trial=trial)
+    click.echo(f"wrote {path}", err=True)
+
+
+@cli.command()
+@click.argument("study")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the dashboard to the network.")
+def dashboard(study: str, port: int, host: str) -> None:
+    """Open STUDY in optuna-dashboard, with the front and hypervolume figures attached.
+
+    \b
+    Example:
+        ressearch dashboard results/small.db --port 8080
+        # the same study in plain optuna-dashboard:
+        optuna-dashboard sqlite:///results/small.db
+    """
+    import optuna
+    from optuna_dashboard import run_server
+
+    from ressearch.report import attach_to_dashboard
+    from ressearch.storage import load_study, open_storage
+
+    storage = open_storage(study, must_exist="://" not in study)
+    for summary in optuna.get_all_study_summaries(storage):
+        attach_to_dashboard(load_study(study, summary.study_name))
+    click.echo(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    run_server(storage, host=host, port=port)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="ressearch")

@@ -82,6 +82,8 @@ class Param:
         if self.is_fixed:
             return [self.fixed]
         if self.choices is not None:
+            if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.choices):
+                return [min(self.choices)]
             return list(self.choices)
         return [self.low]
 
@@ -139,9 +141,9 @@ class SearchSpace:
             if p.contains(value):
                 if not p.is_fixed:
                     values[p.name] = value
-            elif p.section == "model" or p.is_fixed:
+            elif p.section == "model":  # training settings are the space's by design
                 kind = "fixed to " + repr(p.fixed) if p.is_fixed else "searched without it"
-                notes.append(f"the baseline's {p.section}.{p.name}={value!r} is {kind}")
+                notes.append(f"the baseline's model.{p.name}={value!r} is {kind}")
         return values, notes
 
     def min_params(self) -> int:

@@ -25,6 +25,10 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_float_field(section: str, name: str) -> bool:
+    return isinstance(getattr(ResNetSpec() if section == "model" else TrainConfig(), name), float)
+
+
 class _Checker:
     def __init__(self, src: str) -> None:
         self.src = src
@@ -71,6 +75,8 @@ class _Checker:
             log, step = raw.get("log", False), raw.get("step")
             if not _is_num(low) or not _is_num(high):
                 raise self.fail(key, f"range bounds must be numbers, got low={low!r} high={high!r}")
+            if _is_float_field(section, name):  # `weight_decay: {low: 0, high: 1}` is continuous
+                low, high = float(low), float(high)
             if low > high:
                 raise self.fail(key, f"empty range: low={low!r} > high={high!r}")
             if not isinstance(log, bool):
