@@ -145,8 +145,10 @@ def baseline(epochs: int | None, recipe: str, data_dir: str | None, out: str, se
               help="Ray cluster to join, e.g. 'auto' or 'ray://head:10001' (default: start one).")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Directory for the study database and the trials' checkpoints.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Stop after this many seconds (running trials are queued again).")
 def run(space_file: str, data_dir: str | None, storage: str | None, trials: int | None,
-        name: str | None, address: str | None, out: str) -> None:
+        name: str | None, address: str | None, out: str, timeout: float | None) -> None:
     """Run (or continue) a multi-objective study: accuracy up, parameters down.
 
     Trials run as Ray tasks on every CPU/GPU of this machine or of a Ray cluster. Rerunning the
@@ -163,7 +165,7 @@ def run(space_file: str, data_dir: str | None, storage: str | None, trials: int 
 
     space = load_space(space_file)
     result = run_study(space, data_dir=data_dir, storage=storage, trials=trials, name=name,
-                       address=address, out=out)
+                       address=address, out=out, timeout=timeout)
     url = storage_url(storage or space.storage, out=out, name=name or space.name)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in result.counts.items())
     click.echo(f"study {result.study.study_name!r} in {url}: {counts}; "

@@ -251,7 +251,8 @@ class _Driver:
 
 def run_study(space: SearchSpace, *, data_dir: str | None = None, storage: str | None = None,
               trials: int | None = None, name: str | None = None, address: str | None = None,
-              out: str | Path = "results", view: LiveView | None = None) -> StudyRun:
+              out: str | Path = "results", view: LiveView | None = None,
+              timeout: float | None = None) -> StudyRun:
     """Run (or continue) the study a search space describes until it has ``trials`` trials.
 
     Args:
@@ -263,6 +264,8 @@ def run_study(space: SearchSpace, *, data_dir: str | None = None, storage: str |
         address: Ray cluster to join; ``None`` starts a local one.
         out: Directory for the default storage and the trials' checkpoints.
         view: Progress display (default: live on a terminal, log lines otherwise).
+        timeout: Stop after this many seconds: running trials are cancelled, stored as FAIL
+            (interrupted) and queued again, so rerunning continues where this run stopped.
 
     Returns:
         The study, the wall time and how many trials ended in each state.
@@ -294,6 +297,12 @@ def run_study(space: SearchSpace, *, data_dir: str | None = None, storage: str |
     view.start(study, trials)
     try:
         while True:
+            if timeout is not None and time.time() - started > timeout:
+                if driver.running:
+                    view.event(f"timeout after {timeout:.0f}s: {len(driver.running)} running "
+                               "trials stopped and queued again")
+                driver.interrupt()
+                break
             driver.launch(data_ref, task)
             if not driver.running:
                 break
