@@ -109,7 +109,7 @@ class _Driver:
         epochs = space.base_config.epochs
         for p in space.params:
             if p.name == "epochs":
-                epochs = int(p.high if not p.is_fixed else p.fixed)
+                epochs = int(max(p.choices) if p.choices else p.fixed if p.is_fixed else p.high)
         self.asha = SuccessiveHalving(space.min_epochs, space.reduction_factor, epochs)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if "run_key" in t.user_attrs:
@@ -275,12 +275,14 @@ def run_study(space: SearchSpace, *, data_dir: str | None = None, storage: str |
     from ressearch.worker import run_trial, splits_to_arrays
 
     started = time.time()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the view reports every trial itself
     out = Path(out)
     name = name or space.name
     trials = trials or space.trials
     view = view or LiveView()
+    # Data first: a bad data directory fails before a study file or Ray exists.
+    splits = load_splits(space, data_dir)
     study = create_study(open_storage(storage or space.storage, out=out, name=name), name, space)
-    splits = load_splits(space, data_dir)  # before Ray starts: a bad data directory fails fast
     for number in recover_interrupted(study):
         view.event(f"trial {number} was left running by an interrupted run: failed and queued again")
     if not study.get_trials(deepcopy=False):
