@@ -214,8 +214,10 @@ def front(study: str, name: str | None, csv_file: str | None, as_json: bool) -> 
         mark = "*" if r.baseline else " "
         val = "-" if pd.isna(r.val_accuracy) else f"{100 * r.val_accuracy:.2f}"
         test = "-" if pd.isna(r.test_accuracy) else f"{100 * r.test_accuracy:.2f}"
+        # A failed or untrained baseline has no epochs: the column is then float with NaN.
+        epochs = "-" if pd.isna(r.epochs) else int(r.epochs)
         click.echo(f"{mark}{r.trial:>5} {r.params:>8,} {r.keras_params:>8,} {r.macs:>11,} {val:>7} "
-                   f"{test:>7} {r.epochs or '-':>6}  {r.architecture}")
+                   f"{test:>7} {epochs:>6}  {r.architecture}")
 
 
 @cli.command()

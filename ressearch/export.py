@@ -89,14 +89,18 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, *, in_channels: int 
 
 
 def count_onnx_params(path: str | os.PathLike) -> int:
-    """Elements of the floating-point initializers and constants of an ONNX file."""
+    """Elements of the floating-point initializers and non-scalar constants of an ONNX file.
+
+    Scalar constants are literals, not stored weights: the exporter writes the missing bias of a
+    bias-free conv as a scalar 0.0 expanded to the channel count.
+    """
     import onnx
 
     model, kind = onnx.load(str(path)), onnx.TensorProto
     floats = {kind.FLOAT, kind.DOUBLE, kind.FLOAT16, kind.BFLOAT16}
     tensors = list(model.graph.initializer)
     tensors += [attr.t for node in model.graph.node if node.op_type == "Constant"
-                for attr in node.attribute if attr.name == "value"]
+                for attr in node.attribute if attr.name == "value" and len(attr.t.dims) > 0]
     return sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if t.data_type in floats)
 
 

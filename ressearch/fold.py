@@ -7,10 +7,10 @@ folded network computes the same function with fewer parameters and one op less 
 
 Only a BatchNorm that *directly* follows a conv can be folded. In the networks of
 :mod:`ressearch.model` these are the conv-norm-ReLU units (stem, down-sampling convs, conv head),
-the head's classifier conv and its norm, and both pairs of a :class:`~ressearch.model.PostActBlock`.
-A :class:`~ressearch.model.ReLUNormBlock` puts a ReLU between conv and BN, and a
-:class:`~ressearch.model.PreActBlock` puts its BNs in front of its convs (as does the pre-activation
-network's ``final_norm``); those BNs stay.
+the head's classifier conv and its norm, both pairs of a :class:`~ressearch.model.PostActBlock`, and
+the ``conv1 -> bn2`` pair inside a :class:`~ressearch.model.PreActBlock`. A
+:class:`~ressearch.model.ReLUNormBlock` puts a ReLU between conv and BN, and a pre-activation block's
+``bn1`` (like the pre-activation network's ``final_norm``) acts on the shortcut's input; those stay.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import itertools
 import torch
 from torch import nn
 
-from ressearch.model import PostActBlock, ResNet
+from ressearch.model import PostActBlock, PreActBlock, ResNet
 
 # (parent module, attribute name of the conv, attribute name of the BN) for one foldable pair.
 _Pair = tuple[nn.Module, str, str]
@@ -36,6 +36,8 @@ def _foldable_pairs(model: nn.Module) -> list[tuple[str, _Pair]]:
             candidates = list(itertools.pairwise(names))
         elif isinstance(parent, PostActBlock):
             candidates = [("conv1", "bn1"), ("conv2", "bn2")]
+        elif isinstance(parent, PreActBlock):
+            candidates = [("conv1", "bn2")]  # bn2 normalises conv1's output and nothing else
         else:
             continue
         for conv_name, bn_name in candidates:

@@ -99,7 +99,9 @@ def front_figure(study: optuna.Study) -> go.Figure:
                         marker=dict(color="#d62728", size=16, symbol="star"))
     fig.update_layout(title=f"Pareto front: {name} vs trainable parameters",
                       xaxis=dict(title="trainable parameters (log)", type="log"),
-                      yaxis=dict(title=name, tickformat=".2%"), legend=dict(orientation="h"))
+                      yaxis=dict(title=name, tickformat=".2%"),
+                      # Under the x-axis title (plotly's default place for it is over the title).
+                      legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0))
     return fig
 
 

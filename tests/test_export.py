@@ -74,7 +74,9 @@ def expected_folded(spec: ResNetSpec) -> list[str]:
         return names
     if spec.order == "relu_bn":  # conv-ReLU-BN: the ReLU sits in between
         return [n for n in names if not in_block.match(n)]
-    return [n for n in names if not in_block.match(n) and n != "final_norm"]  # pre: BN first
+    # pre: BN-ReLU-conv1-BN-ReLU-conv2: only bn2 directly follows a conv (conv1).
+    pre_bn1 = re.compile(r"stage\d+\.\d+\.bn1")
+    return [n for n in names if not pre_bn1.match(n) and n != "final_norm"]
 
 
 def expected_deployed_after_fold(spec: ResNetSpec) -> int:
