@@ -37,12 +37,12 @@ def _curve(history: list[EpochMetrics]) -> list[tuple]:
 
 # -- learning ----------------------------------------------------------------------------------
 def test_a_small_network_learns_mnist(small_splits: Splits) -> None:
-    """The default recipe (precise BN) with a smaller batch and a higher rate, on 2000 images.
+    """The default recipe (one-cycle, precise BN) with a smaller batch and a peak of 1e-2.
 
-    Measured on the CPU: test accuracy 0.66 (seed 0) and 0.74 (seed 1); chance is 0.10.
+    Measured on the CPU: test accuracy 0.656, 0.758, 0.800 (seeds 0, 1, 2); chance is 0.10.
     """
     spec = ResNetSpec(blocks=2, width=8)
-    config = RECIPES["default"].config.replace(epochs=2, batch_size=64, lr=3e-3, threads=1,
+    config = RECIPES["default"].config.replace(epochs=2, batch_size=64, lr=1e-2, threads=1,
                                                device="cpu")
     result = train(spec, small_splits, config)
     assert result.test_accuracy is not None and result.test_accuracy > 0.5
