@@ -49,10 +49,11 @@ def main() -> None:
                           "counts": run.counts}
         print(f"{label}: hypervolume {hv:.2f} from {run.counts} in {run.seconds:.0f}s", flush=True)
     a, b = (results[k]["hypervolume"] for k in arms)
-    ratio = a / b if b else float("inf")
+    ratio = a / b if b else None  # undefined when random search found nothing inside the box
     summary = {"minutes": args.minutes, "space": args.space, "reference": HV_REFERENCE,
                "arms": results, "ratio": ratio}
-    print(f"hypervolume ratio (TPE + early stopping / random): {ratio:.2f} "
+    ratio_text = f"{ratio:.2f}" if ratio is not None else "undefined (random: 0)"
+    print(f"hypervolume ratio (TPE + early stopping / random): {ratio_text} "
           f"(reference: accuracy {HV_REFERENCE[0]}, {HV_REFERENCE[1]:,} params; "
           f"{args.minutes:g} minutes each)")
     if args.json:
