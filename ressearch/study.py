@@ -41,7 +41,6 @@ INTERRUPTED = "interrupted"
 class _Running:
     trial: optuna.Trial
     spec: ResNetSpec
-    config: TrainConfig
     params: int
     key: str
     curve: list[float] = field(default_factory=list)
@@ -104,7 +103,9 @@ class _Driver:
         self.ray, self.space, self.study, self.trials, self.view = ray, space, study, trials, view
         self.trial_dir = out / study.study_name / "trials"
         self.running: dict[Any, _Running] = {}
-        self.waiting: dict[str, list[tuple[optuna.Trial, int]]] = {}
+        self.waiting: dict[str, list[optuna.Trial]] = {}
+        # Counted once here, then kept up to date by every tell: no storage read per loop turn.
+        self.finished = finished_count(study)
         self.done: dict[str, FrozenTrial] = {}
         epochs = space.base_config.epochs
         for p in space.params:
@@ -128,7 +129,7 @@ class _Driver:
     # -- launching ---------------------------------------------------------------------------
     def launch(self, data_ref: Any, task: Any) -> None:
         while (len(self.running) + self._waiting_count() < self.capacity
-               and finished_count(self.study) + len(self.running) + self._waiting_count()
+               and self.finished + len(self.running) + self._waiting_count()
                < self.trials):
             trial = self.study.ask()
             try:
@@ -148,6 +149,7 @@ class _Driver:
                     trial.set_user_attr("infeasible", f"params {counts.params} > max_params "
                                                       f"{self.space.max_params}")
                     self.study.tell(trial, [0.0, counts.params])
+                    self.finished += 1
                     self.view.event(f"trial {trial.number}: {spec.short()} has {counts.params:,} "
                                     "parameters, over max_params: not trained")
                     continue
@@ -157,13 +159,13 @@ class _Driver:
                 self._reuse(trial, self.done[key])
                 continue
             if any(r.key == key for r in self.running.values()):
-                self.waiting.setdefault(key, []).append((trial, counts.params))
+                self.waiting.setdefault(key, []).append(trial)
                 continue
             run_config = config.replace(threads=self.threads,
                                         device="cuda" if self.num_gpus else "cpu")
             gen = task.options(num_cpus=self.space.cpus_per_trial, num_gpus=self.num_gpus).remote(
                 spec.to_dict(), run_config.to_dict(), data_ref)
-            self.running[gen] = _Running(trial, spec, config, counts.params, key)
+            self.running[gen] = _Running(trial, spec, counts.params, key)
             self.view.event(f"trial {trial.number}: started {spec.short()} "
                             f"({counts.params:,} params)")
 
@@ -174,6 +176,7 @@ class _Driver:
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason)
         self.study.tell(trial, state=TrialState.FAIL)
+        self.finished += 1
         self.view.event(f"trial {trial.number}: FAILED: {reason}")
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> None:
@@ -185,11 +188,12 @@ class _Driver:
             self.study.tell(trial, list(earlier.values))
         else:
             self.study.tell(trial, state=TrialState.PRUNED)
+        self.finished += 1
         self.view.event(f"trial {trial.number}: same network and training as trial "
                         f"{earlier.number}: result reused, not retrained")
 
     def _settle_waiting(self, key: str, finished: FrozenTrial | None, reason: str = "") -> None:
-        for trial, _ in self.waiting.pop(key, []):
+        for trial in self.waiting.pop(key, []):
             if finished is None:
                 self._fail(trial, f"identical to a trial that failed: {reason}")
             else:
@@ -216,6 +220,7 @@ class _Driver:
                 trial.set_user_attr("epochs", item["epoch"])
                 trial.set_user_attr("train_seconds", round(time.time() - run.started, 2))
                 frozen = self.study.tell(trial, state=TrialState.PRUNED)
+                self.finished += 1
                 self.done[run.key] = frozen
                 self.view.event(f"trial {trial.number}: pruned at epoch {item['epoch']} "
                                 f"(val {100 * acc:.2f}%, {run.params:,} params)")
@@ -233,6 +238,7 @@ class _Driver:
             trial.set_user_attr(k, v)
         value = m[self.space.objective]
         frozen = self.study.tell(trial, [value, run.params])
+        self.finished += 1
         self.done[run.key] = frozen
         self.view.event(f"trial {trial.number}: complete: {self.space.objective} "
                         f"{100 * value:.2f}%, test {100 * m['test_accuracy']:.2f}%, "
