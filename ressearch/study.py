@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ressearch.asha import SuccessiveHalving
@@ -82,11 +83,22 @@ def load_splits(space: SearchSpace, data_dir: str | None) -> Splits:
     return splits
 
 
-def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Fail the trials a killed driver left RUNNING and queue their parameters again."""
+def recover_interrupted(study: optuna.Study, storage: BaseStorage) -> list[int]:
+    """Fail the trials a killed driver left RUNNING and queue their parameters again.
+
+    Args:
+        study: The study to repair.
+        storage: Its storage. A trial this process did not ask for has no :class:`optuna.Trial`
+            to set attributes on, so the mark goes through the storage's public interface.
+
+    Returns:
+        The numbers of the trials that were failed and queued again.
+    """
     recovered = []
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered.append(t.number)
@@ -288,8 +300,9 @@ def run_study(space: SearchSpace, *, data_dir: str | None = None, storage: str |
     view = view or LiveView()
     # Data first: a bad data directory fails before a study file or Ray exists.
     splits = load_splits(space, data_dir)
-    study = create_study(open_storage(storage or space.storage, out=out, name=name), name, space)
-    for number in recover_interrupted(study):
+    opened = open_storage(storage or space.storage, out=out, name=name)
+    study = create_study(opened, name, space)
+    for number in recover_interrupted(study, opened):
         view.event(f"trial {number} was left running by an interrupted run: failed and queued again")
     if not study.get_trials(deepcopy=False):
         params, notes = space.baseline_params()
