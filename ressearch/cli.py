@@ -96,7 +96,7 @@ def describe(spec: str, as_json: bool) -> None:
 def baseline(epochs: int | None, recipe: str, data_dir: str | None, out: str, seed: int,
              train_limit: int | None, test_limit: int | None, threads: int | None, device: str,
              bf16: bool | None, as_json: bool) -> None:
-    """Train the notebook's model with the notebook's recipe; write OUT/metrics.json + checkpoint.
+    """Train the notebook's model with a named recipe; write OUT/metrics.json + checkpoint.
 
     \b
     Example:

@@ -146,6 +146,14 @@ class SearchSpace:
                 notes.append(f"the baseline's model.{p.name}={value!r} is {kind}")
         return values, notes
 
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial can train (the last rung of successive halving)."""
+        for p in self.params:
+            if p.name == "epochs":
+                return int(max(p.choices) if p.choices else p.fixed if p.is_fixed else p.high)
+        return self.base_config.epochs
+
     def min_params(self) -> int:
         """The fewest trainable parameters any network of the space has."""
         model = [p for p in self.params if p.section == "model"]

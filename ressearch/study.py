@@ -119,11 +119,7 @@ class _Driver:
         # Counted once here, then kept up to date by every tell: no storage read per loop turn.
         self.finished = finished_count(study)
         self.done: dict[str, FrozenTrial] = {}
-        epochs = space.base_config.epochs
-        for p in space.params:
-            if p.name == "epochs":
-                epochs = int(max(p.choices) if p.choices else p.fixed if p.is_fixed else p.high)
-        self.asha = SuccessiveHalving(space.min_epochs, space.reduction_factor, epochs)
+        self.asha = SuccessiveHalving(space.min_epochs, space.reduction_factor, space.max_epochs)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if "run_key" in t.user_attrs:
                 self.done.setdefault(t.user_attrs["run_key"], t)
@@ -160,8 +156,7 @@ class _Driver:
                 if counts.params > self.space.max_params:
                     trial.set_user_attr("infeasible", f"params {counts.params} > max_params "
                                                       f"{self.space.max_params}")
-                    self.study.tell(trial, [0.0, counts.params])
-                    self.finished += 1
+                    self._tell(trial, [0.0, counts.params])
                     self.view.event(f"trial {trial.number}: {spec.short()} has {counts.params:,} "
                                     "parameters, over max_params: not trained")
                     continue
@@ -187,9 +182,15 @@ class _Driver:
     # -- outcomes ----------------------------------------------------------------------------
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason)
-        self.study.tell(trial, state=TrialState.FAIL)
-        self.finished += 1
+        self._tell(trial, state=TrialState.FAIL)
         self.view.event(f"trial {trial.number}: FAILED: {reason}")
+
+    def _tell(self, trial: optuna.Trial, values: list[float] | None = None,
+              state: TrialState | None = None) -> FrozenTrial:
+        """Finish a trial that counts towards the budget (interrupted ones are told elsewhere)."""
+        frozen = self.study.tell(trial, values, state=state)
+        self.finished += 1
+        return frozen
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> None:
         for k, v in earlier.user_attrs.items():
@@ -197,10 +198,9 @@ class _Driver:
                 trial.set_user_attr(k, v)
         trial.set_user_attr("duplicate_of", earlier.number)
         if earlier.state == TrialState.COMPLETE:
-            self.study.tell(trial, list(earlier.values))
+            self._tell(trial, list(earlier.values))
         else:
-            self.study.tell(trial, state=TrialState.PRUNED)
-        self.finished += 1
+            self._tell(trial, state=TrialState.PRUNED)
         self.view.event(f"trial {trial.number}: same network and training as trial "
                         f"{earlier.number}: result reused, not retrained")
 
@@ -231,8 +231,7 @@ class _Driver:
                 trial.set_user_attr("val_curve", run.curve)
                 trial.set_user_attr("epochs", item["epoch"])
                 trial.set_user_attr("train_seconds", round(time.time() - run.started, 2))
-                frozen = self.study.tell(trial, state=TrialState.PRUNED)
-                self.finished += 1
+                frozen = self._tell(trial, state=TrialState.PRUNED)
                 self.done[run.key] = frozen
                 self.view.event(f"trial {trial.number}: pruned at epoch {item['epoch']} "
                                 f"(val {100 * acc:.2f}%, {run.params:,} params)")
@@ -249,8 +248,7 @@ class _Driver:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         value = m[self.space.objective]
-        frozen = self.study.tell(trial, [value, run.params])
-        self.finished += 1
+        frozen = self._tell(trial, [value, run.params])
         self.done[run.key] = frozen
         self.view.event(f"trial {trial.number}: complete: {self.space.objective} "
                         f"{100 * value:.2f}%, test {100 * m['test_accuracy']:.2f}%, "

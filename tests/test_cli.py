@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_user_error, run_cli
 
 from ressearch.checkpoint import load_checkpoint
 from ressearch.counting import count
@@ -18,27 +16,6 @@ from ressearch.spec import PRESETS, ResNetSpec
 METRICS_KEYS = {"test_accuracy", "val_accuracy", "params", "keras_params", "epochs", "train_seconds",
                 "images_per_second", "recipe"}
 QUICK = ["--epochs", "1", "--train-limit", "1000", "--test-limit", "500", "--threads", "1"]
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m ressearch.cli ARGS`` without inheriting $RESSEARCH_DATA_DIR."""
-    environ = {k: v for k, v in os.environ.items() if k != DATA_DIR_ENV}
-    environ.update({"OMP_NUM_THREADS": "1", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "ressearch.cli", *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Exit code 2, one line on stderr containing every needle, no traceback, nothing on stdout."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert proc.stdout == ""
-    return lines[0]
 
 
 # -- describe ----------------------------------------------------------------------------------

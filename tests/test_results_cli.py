@@ -32,12 +32,13 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import assert_user_error, run_cli
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
 import ressearch
 from ressearch.checkpoint import save_checkpoint
-from ressearch.data import DATA_DIR_ENV
+from ressearch.data import DATA_DIR_ENV, write_idx
 from ressearch.export import export_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,25 +50,6 @@ BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m ressearch.cli ARGS`` with one thread per process and no $RESSEARCH_DATA_DIR."""
-    env = {k: v for k, v in os.environ.items() if k != DATA_DIR_ENV}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "ressearch.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Exit code 2 and one line on stderr holding every needle, no traceback, nothing on stdout."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert proc.stdout == ""
-    return lines[0]
-
-
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped or not) of unsigned bytes, read without ressearch."""
     raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
@@ -75,11 +57,6 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def write_idx_gz(path: Path, images: np.ndarray) -> None:
-    header = b"\x00\x00\x08" + bytes([images.ndim]) + struct.pack(f">{images.ndim}I", *images.shape)
-    path.write_bytes(gzip.compress(header + np.ascontiguousarray(images, np.uint8).tobytes()))
 
 
 def ort_logits(onnx_file: Path, images: np.ndarray) -> np.ndarray:
@@ -492,7 +469,7 @@ def test_predict_idx_file(exports: dict[str, Export], tmp_path: Path,
     model_dir = exports["trial"].out
     images, labels = mnist_test[0][6000:6040], mnist_test[1][6000:6040]
     idx = tmp_path / "digits-idx3-ubyte.gz"
-    write_idx_gz(idx, images)
+    write_idx(idx, images)  # gzipped: the name ends in .gz
     proc = run_cli("predict", str(model_dir), str(idx), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from cli_helpers import run_cli
 
 from ressearch.counting import count
-from ressearch.data import DATA_DIR_ENV
 from ressearch.recipes import RECIPES
 from ressearch.space import Param, SearchSpace, SpaceError, load_space
 from ressearch.spec import ResNetSpec
@@ -416,13 +414,6 @@ early_stopping: {enabled: false, min_epochs: 3, reduction_factor: 4}
 
 
 # -- the CLI -------------------------------------------------------------------------------------
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != DATA_DIR_ENV}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "ressearch.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-
-
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
@@ -452,22 +443,28 @@ def test_cli_run_rejects_a_bad_space(tmp_path: Path, data_dir: Path, text: str, 
     assert_no_study_created(out)
 
 
-def run_without_data(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
-    out = tmp_path / "results"
+@pytest.fixture(scope="module")
+def run_without_data(tmp_path_factory: pytest.TempPathFactory
+                     ) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``ressearch run`` with a data directory that does not exist, once for the tests below."""
+    cwd = tmp_path_factory.mktemp("no-data")
+    out = cwd / "results"
     proc = run_cli("run", "--space", str(REPO / "search_spaces" / "tiny.yaml"), "--data-dir",
-                   "/nonexistent", "--out", str(out), cwd=tmp_path)
+                   "/nonexistent", "--out", str(out), cwd=cwd)
     return proc, out
 
 
-def test_cli_run_with_a_missing_data_dir_fails_cleanly(tmp_path: Path) -> None:
-    proc, _ = run_without_data(tmp_path)
+def test_cli_run_with_a_missing_data_dir_fails_cleanly(
+        run_without_data: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, _ = run_without_data
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: /nonexistent") and "does not exist" in last, proc.stderr
 
 
-def test_cli_run_with_a_missing_data_dir_creates_nothing(tmp_path: Path) -> None:
-    proc, out = run_without_data(tmp_path)
+def test_cli_run_with_a_missing_data_dir_creates_nothing(
+        run_without_data: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = run_without_data
     assert_one_line_error(proc, "/nonexistent")
     assert_no_study_created(out)
